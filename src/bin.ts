@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+/**
+ * Entry point: wires the process (argv, signals, stdout, exit code) to the run.
+ * SIGTERM/SIGINT (systemd stop, Ctrl-C) abort through one AbortSignal: the run stops between
+ * steps, never inside a mount teardown, and every lock is released on the way out.
+ */
+import { createRequire } from 'node:module'
+import { parseCli, HELP } from './cli.js'
+import { CleanerError, isInputError } from './errors.js'
+import { createLogger } from './log.js'
+import { systemIo } from './io.js'
+import { runClean, EXIT_FAILED, EXIT_USAGE } from './run.js'
+
+async function main(argv: readonly string[]): Promise<number> {
+  let request
+  try {
+    request = parseCli(argv)
+  } catch (err) {
+    if (isInputError(err)) {
+      process.stderr.write(`build-cleaner: ${err.message}\n`)
+      return EXIT_USAGE
+    }
+    throw err
+  }
+  if (request.kind === 'help') {
+    process.stdout.write(HELP + '\n')
+    return 0
+  }
+  if (request.kind === 'version') {
+    const pkg = createRequire(import.meta.url)('../package.json') as { version: string }
+    process.stdout.write(`build-cleaner ${pkg.version}\n`)
+    return 0
+  }
+
+  const log = createLogger(request.options.verbosity)
+  const controller = new AbortController()
+  const stop = (signal: NodeJS.Signals) => {
+    log.warn(`received ${signal}: stopping after the current step`)
+    controller.abort()
+  }
+  process.once('SIGTERM', stop)
+  process.once('SIGINT', stop)
+  return runClean(request.options, {
+    io: systemIo,
+    log,
+    stdout: (text) => void process.stdout.write(text + '\n'),
+    signal: controller.signal,
+  })
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code
+  },
+  (err: unknown) => {
+    // A CleanerError that reaches here is an expected failure: no stack. Anything else is a bug.
+    if (err instanceof CleanerError) process.stderr.write(`build-cleaner: ${err.message}\n`)
+    else process.stderr.write(`build-cleaner: internal error (a bug, please report it):\n${(err as Error)?.stack ?? String(err)}\n`)
+    process.exitCode = EXIT_FAILED
+  },
+)
