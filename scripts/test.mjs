@@ -13,7 +13,9 @@ const only = process.argv[2] // optional file pattern, e.g. `npm test -- mountin
 
 function step(title, cmd, args) {
   process.stdout.write(`\n== ${title}\n`)
-  const r = spawnSync(cmd, args, { encoding: 'utf8', env: { ...process.env, NO_COLOR: '1', FORCE_COLOR: '0' } })
+  const env = { ...process.env, NO_COLOR: '1' }
+  delete env.FORCE_COLOR
+  const r = spawnSync(cmd, args, { encoding: 'utf8', env, maxBuffer: 256 << 20 })
   process.stdout.write(r.stdout ?? '')
   process.stderr.write(r.stderr ?? '')
   if (r.error) process.stderr.write(`${cmd}: ${r.error.message}\n`)

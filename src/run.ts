@@ -6,6 +6,7 @@ import * as fs from 'node:fs'
 import type { Io } from './io.js'
 import type { Logger } from './logger.js'
 import type { CleanOptions } from './cli.js'
+import type { DirOps } from './dir-ops.js'
 import { DEFAULT_BUILD_ROOT } from './cli.js'
 import { CleanerError, isInputError } from './errors.js'
 import { validateBuildRoot } from './discover.js'
@@ -25,6 +26,8 @@ export interface RunContext {
   readonly log: Logger
   readonly stdout: (text: string) => void
   readonly signal?: AbortSignal
+  /** The remover's seam, for fault-injection tests. */
+  readonly dirOps?: DirOps
 }
 
 export async function runClean(options: CleanOptions, ctx: RunContext): Promise<number> {
@@ -57,7 +60,7 @@ export async function runClean(options: CleanOptions, ctx: RunContext): Promise<
 
     const results = options.dryRun
       ? undefined
-      : await execute(decisions, { io, log, buildRoots, maxAgeMs: options.maxAgeMs, ...(ctx.signal ? { signal: ctx.signal } : {}) })
+      : await execute(decisions, { io, log, buildRoots, maxAgeMs: options.maxAgeMs, ...(ctx.signal ? { signal: ctx.signal } : {}), ...(ctx.dirOps ? { dirOps: ctx.dirOps } : {}) })
 
     ctx.stdout(options.json ? toJson(decisions, results, warnings) : toTable(decisions, snapshot.takenAt, results))
     const summary = summarize(decisions, results)
