@@ -5,7 +5,6 @@
  * at exactly one place.
  */
 import * as fs from 'node:fs'
-import { execa } from 'execa'
 
 export interface RunOptions {
   /** Extra file descriptors to hand to the child as fd 3, 4, …, in this order. */
@@ -40,6 +39,8 @@ export interface Io {
 
 async function run(file: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
   const passFds = options.passFds ?? []
+  // Loaded on first use: execa costs ~100 ms to import, and the dry run never runs a program.
+  const { execa } = await import('execa')
   const result = await execa(file, args, {
     reject: false,
     stdio: ['ignore', 'pipe', 'pipe', ...(passFds as never[])],

@@ -13,7 +13,6 @@
  */
 import { CleanerError, describeSystemError } from './errors.js'
 import type { Io } from './io.js'
-import { isAtOrBelow } from './paths.js'
 
 export interface Mount {
   readonly id: number
@@ -135,6 +134,8 @@ export class MountTable {
   readonly #children = new Map<number, Mount[]>()
   readonly #byMountPoint = new Map<string, Mount[]>()
   #postOrder: Map<number, number> | undefined
+  /** Indexes into `mounts`, sorted by mount point (code units), for below(): built on first use. */
+  #sorted: number[] | undefined
 
   constructor(mounts: readonly Mount[]) {
     this.mounts = mounts
@@ -151,7 +152,31 @@ export class MountTable {
 
   /** Mounts whose mount point is `path` or below it (on `/` boundaries), over-mounts included. */
   below(path: string): Mount[] {
-    return this.mounts.filter((m) => isAtOrBelow(m.mountPoint, path))
+    // Everything at or below P sorts as P itself followed by the contiguous run of "P/…"
+    // (for P = '/', everything). Binary search finds the run; the result keeps mountinfo order.
+    const sorted = (this.#sorted ??= this.mounts.map((_, i) => i).sort((a, b) => compare(this.mounts[a]!.mountPoint, this.mounts[b]!.mountPoint)))
+    const prefix = path === '/' ? '/' : path + '/'
+    const hits: number[] = []
+    for (const start of [path, prefix]) {
+      for (let i = this.#lowerBound(sorted, start); i < sorted.length; i++) {
+        const mp = this.mounts[sorted[i]!]!.mountPoint
+        if (start === path && start !== prefix ? mp !== path : !mp.startsWith(prefix)) break
+        hits.push(sorted[i]!)
+      }
+      if (path === '/') break
+    }
+    return hits.sort((a, b) => a - b).map((i) => this.mounts[i]!)
+  }
+
+  #lowerBound(sorted: readonly number[], key: string): number {
+    let lo = 0
+    let hi = sorted.length
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (compare(this.mounts[sorted[mid]!]!.mountPoint, key) < 0) lo = mid + 1
+      else hi = mid
+    }
+    return lo
   }
 
   /** Every mount point path (for the remover: never enter these). */
@@ -239,6 +264,10 @@ export class MountTable {
     for (const m of this.mounts) if (!visited.has(m.id)) walk(m)
     return order
   }
+}
+
+function compare(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0
 }
 
 function push<K, V>(map: Map<K, V[]>, key: K, value: V): void {
