@@ -1,15 +1,20 @@
 #!/usr/bin/env node
 /**
- * Entry point: wires the process (argv, signals, stdout, exit code) to the run.
- * SIGTERM/SIGINT (systemd stop, Ctrl-C) abort through one AbortSignal: the run stops between
- * steps, never inside a mount teardown, and every lock is released on the way out.
+ * Entry point: wires the process (argv, config file, signals, stdout, TTY progress, exit code)
+ * to a run. SIGTERM/SIGINT (systemd stop, Ctrl-C) abort through one AbortSignal: the run stops
+ * between steps, never inside a mount teardown, and every lock is released on the way out.
  */
 import { createRequire } from 'node:module'
 import { parseCli, HELP } from './cli.js'
 import { CleanerError, isInputError } from './errors.js'
 import { createLogger } from './log.js'
 import { systemIo } from './io.js'
-import { runClean, EXIT_FAILED, EXIT_USAGE } from './run.js'
+import { DEFAULT_CONFIG, loadConfig } from './config.js'
+import { resolveOptions } from './options.js'
+import { runClean } from './run.js'
+import { runPurge } from './purge.js'
+import { EXIT_FAILED, EXIT_USAGE, type RunContext } from './session.js'
+import { progressReporter } from './progress.js'
 
 async function main(argv: readonly string[]): Promise<number> {
   let request
@@ -32,7 +37,19 @@ async function main(argv: readonly string[]): Promise<number> {
     return 0
   }
 
-  const log = createLogger(request.options.verbosity)
+  const log = createLogger(request.flags.verbosity)
+  let options
+  try {
+    const config = loadConfig(systemIo, request.flags.config ?? DEFAULT_CONFIG, { explicit: request.flags.config !== undefined, log })
+    options = resolveOptions(request.flags, config)
+  } catch (err) {
+    if (isInputError(err)) {
+      log.error(err.message)
+      return EXIT_USAGE
+    }
+    throw err
+  }
+
   const controller = new AbortController()
   const stop = (signal: NodeJS.Signals) => {
     log.warn(`received ${signal}: stopping after the current step`)
@@ -40,12 +57,22 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   process.once('SIGTERM', stop)
   process.once('SIGINT', stop)
-  return runClean(request.options, {
+  const progress = process.stderr.isTTY && request.kind === 'purge' && !options.dryRun ? progressReporter(process.stderr) : undefined
+  const ctx: RunContext = {
     io: systemIo,
     log,
-    stdout: (text) => void process.stdout.write(text + '\n'),
+    stdout: (text) => {
+      progress?.clear()
+      process.stdout.write(text + '\n')
+    },
     signal: controller.signal,
-  })
+    ...(progress ? { onProgress: progress.update } : {}),
+  }
+  try {
+    return request.kind === 'purge' ? await runPurge(options, request.paths, ctx) : await runClean(options, ctx)
+  } finally {
+    progress?.clear()
+  }
 }
 
 main(process.argv.slice(2)).then(

@@ -28,6 +28,7 @@ import { deleteSubvolumes, findSubvolumesBelow } from './btrfs.js'
 import { busyReasons } from './plan.js'
 import { formatAge, formatBytes } from './duration.js'
 import { lastUseOf } from './discover.js'
+import { freeBytes } from './free-space.js'
 
 export interface ExecuteContext {
   readonly io: Io
@@ -36,6 +37,8 @@ export interface ExecuteContext {
   readonly buildRoots: readonly string[]
   /** Re-check staleness under the lock (the periodic clean); the purge removes whatever its age. */
   readonly maxAgeMs?: number
+  /** Asked right before a deletion: a reason to keep the chroot after all (--min-free reached). */
+  readonly beforeRemove?: (decision: Decision) => string | undefined
   readonly signal?: AbortSignal
   readonly dirOps?: DirOps
   readonly onProgress?: (p: { path: string; entries: number }) => void
@@ -108,10 +111,12 @@ async function carryOut(decision: Decision, ctx: ExecuteContext): Promise<Result
       if (decision.action === 'detach') return { decision, outcome: 'detached', notes, freedBytes: 0 }
 
       if (ctx.signal?.aborted) return { decision, outcome: 'failed', error: 'cancelled after unmounting, before deleting', notes, freedBytes: 0 }
+      const spare = ctx.beforeRemove?.(decision)
+      if (spare) return { decision, outcome: detached.length > 0 ? 'detached' : 'kept', notes: [...notes, spare], freedBytes: 0 }
       log.info(`${chroot.path}: removing`)
-      const before = freeBytes(io, path.dirname(chroot.path))
+      const before = freeBytesOr0(io, path.dirname(chroot.path))
       const outcome = await remove(chroot.path, chroot, ctx)
-      const freedBytes = Math.max(0, freeBytes(io, path.dirname(chroot.path)) - before)
+      const freedBytes = Math.max(0, freeBytesOr0(io, path.dirname(chroot.path)) - before)
       return { decision, ...outcome, notes, freedBytes }
     } finally {
       attempt.held.release()
@@ -172,10 +177,9 @@ async function remove(
   return { outcome: 'failed', error: `partially removed (${result.entries} entries): ${shown}` }
 }
 
-function freeBytes(io: Io, dir: string): number {
+function freeBytesOr0(io: Io, dir: string): number {
   try {
-    const s = io.statfs(dir)
-    return s.bavail * s.bsize
+    return freeBytes(io, dir)
   } catch {
     return 0
   }

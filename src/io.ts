@@ -32,6 +32,8 @@ export interface Io {
   open(path: string, flags: number): number
   fstat(fd: number): fs.Stats
   close(fd: number): void
+  unlink(path: string): void
+  rmdir(path: string): void
   /** Runs a program without a shell. Never throws for a non-zero exit: look at `exitCode`. */
   run(file: string, args: readonly string[], options?: RunOptions): Promise<RunResult>
   kill(pid: number, signal: NodeJS.Signals): void
@@ -66,6 +68,8 @@ export const systemIo: Io = {
   open: (path, flags) => fs.openSync(path, flags),
   fstat: (fd) => fs.fstatSync(fd),
   close: (fd) => fs.closeSync(fd),
+  unlink: (path) => fs.unlinkSync(path),
+  rmdir: (path) => fs.rmdirSync(path),
   run,
   kill: (pid, signal) => void process.kill(pid, signal),
 }

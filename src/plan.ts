@@ -18,12 +18,16 @@ export interface Decision {
   readonly path: string
   readonly action: Action
   readonly reasons: readonly string[]
-  /** The chroot as seen; undefined for an entry refused at discovery (a symlink). */
+  /** The chroot as seen; undefined for an entry refused at discovery (a symlink) or a group. */
   readonly chroot: ChrootSnapshot | undefined
+  /** A whole group named to purge (its lock files and the directory, after its chroots). */
+  readonly group?: true
 }
 
 export interface Policy {
   readonly maxAgeMs: number
+  /** The master root is never removed by the periodic clean unless this is false (config keepRoot). */
+  readonly keepRoot?: boolean
 }
 
 export function plan(snapshot: Snapshot, policy: Policy): Decision[] {
@@ -39,14 +43,16 @@ function decide(chroot: ChrootSnapshot, snapshot: Snapshot, policy: Policy): Dec
   const mounts = chroot.mounts.length > 0 ? [`leaked mounts: ${chroot.mounts.join(', ')}`] : []
   const stale = age > policy.maxAgeMs
 
-  if (chroot.kind === 'copy' && stale) {
+  if (stale && (chroot.kind === 'copy' || policy.keepRoot === false)) {
     const why = `stale: last used ${formatAge(age)} ago (max age ${formatAge(policy.maxAgeMs)})`
     return { path: chroot.path, action: 'remove', reasons: [why, ...mounts], chroot }
   }
 
   const why =
     chroot.kind === 'root'
-      ? 'master root: never removed by the periodic clean'
+      ? stale
+        ? 'master root: never removed by the periodic clean (config keepRoot)'
+        : `master root, fresh: last used ${formatAge(age)} ago`
       : `fresh: last used ${formatAge(age)} ago (max age ${formatAge(policy.maxAgeMs)})`
   if (mounts.length > 0) return { path: chroot.path, action: 'detach', reasons: [...mounts, why], chroot }
   return { path: chroot.path, action: 'keep', reasons: [why], chroot }

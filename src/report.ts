@@ -59,7 +59,8 @@ export function summaryLine(summary: Summary, dryRun: boolean): string {
   )
 }
 
-function kindOf(d: Decision): 'root' | 'copy' {
+function kindOf(d: Decision): 'root' | 'copy' | 'group' {
+  if (d.group) return 'group'
   return d.chroot?.kind ?? (path.basename(d.path) === 'root' ? 'root' : 'copy')
 }
 
@@ -79,7 +80,12 @@ function chrootJson(d: Decision) {
 }
 
 /** `warnings`: what the run could not see (unreadable processes), for scripts to surface. */
-export function toJson(decisions: readonly Decision[], results?: readonly Result[], warnings: readonly string[] = []): string {
+export function toJson(
+  decisions: readonly Decision[],
+  results?: readonly Result[],
+  warnings: readonly string[] = [],
+  freeSpace?: readonly object[],
+): string {
   const byPath = new Map(results?.map((r) => [r.decision.path, r]))
   const chroots = decisions.map((d) => {
     const r = byPath.get(d.path)
@@ -92,7 +98,8 @@ export function toJson(decisions: readonly Decision[], results?: readonly Result
       freedBytes: r?.freedBytes ?? 0,
     }
   })
-  return JSON.stringify({ dryRun: !results, chroots, warnings, summary: summarize(decisions, results) }, null, 2)
+  const extra = freeSpace && freeSpace.length > 0 ? { freeSpace } : {}
+  return JSON.stringify({ dryRun: !results, chroots, warnings, ...extra, summary: summarize(decisions, results) }, null, 2)
 }
 
 /** A plain-text table: chroot, action (→ outcome), last used, reasons. */

@@ -14,21 +14,26 @@ import { errno, nameIs, wrapOps } from '../helpers/remove-tree.js'
 import { systemIo, withIo } from '../../src/io.js'
 import { recordingLogger } from '../../src/logger.js'
 import { runClean } from '../../src/run.js'
-import type { CleanOptions } from '../../src/cli.js'
+import type { RunOptions } from '../../src/options.js'
 
 assertRootSandbox()
 
-const options = (buildRoot: string, runLock: string): CleanOptions => ({
+const options = (buildRoot: string, runLock: string): RunOptions => ({
   dryRun: false,
   json: true,
   buildRoots: [buildRoot],
   maxAgeMs: 7 * 24 * 3600_000,
   verbosity: 'normal',
   runLock,
+  metricsFile: undefined,
+  minFreeBytes: undefined,
+  keepRoot: true,
+  kill: false,
+  graceMs: 10_000,
 })
 
 interface Outcome { path: string; outcome: string; error?: string }
-async function runInProcess(opts: CleanOptions, extra: Partial<Parameters<typeof runClean>[1]> = {}) {
+async function runInProcess(opts: RunOptions, extra: Partial<Parameters<typeof runClean>[1]> = {}) {
   let out = ''
   const log = recordingLogger()
   const code = await runClean(opts, { io: systemIo, log, stdout: (t) => void (out += t), ...extra })

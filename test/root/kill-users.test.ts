@@ -384,6 +384,8 @@ function fakeProc(procs: Map<number, FakeProc>, extra: { locks?: () => string; o
     fstat: unused,
     close: unused,
     run: unused,
+    unlink: unused,
+    rmdir: unused,
   }
   return { io, signals }
 }
