@@ -14,7 +14,7 @@ import { resolveOptions } from './options.js'
 import { runClean } from './run.js'
 import { runPurge } from './purge.js'
 import { EXIT_FAILED, EXIT_USAGE, type RunContext } from './session.js'
-import { progressReporter } from './progress.js'
+import { clearingFirst, progressReporter } from './progress.js'
 
 async function main(argv: readonly string[]): Promise<number> {
   let request
@@ -32,7 +32,15 @@ async function main(argv: readonly string[]): Promise<number> {
     return 0
   }
   if (request.kind === 'version') {
-    const pkg = createRequire(import.meta.url)('../package.json') as { version: string }
+    // dist/bin.js ships next to package.json's directory; the test build sits one level deeper.
+    const require = createRequire(import.meta.url)
+    const pkg = (() => {
+      try {
+        return require('../package.json')
+      } catch {
+        return require('../../package.json')
+      }
+    })() as { version: string }
     process.stdout.write(`build-cleaner ${pkg.version}\n`)
     return 0
   }
@@ -55,12 +63,14 @@ async function main(argv: readonly string[]): Promise<number> {
     log.warn(`received ${signal}: stopping after the current step`)
     controller.abort()
   }
-  process.once('SIGTERM', stop)
-  process.once('SIGINT', stop)
+  // `on`, not `once`: execa's signal-exit hook treats a signal nobody listens to any more as
+  // fatal and kills the running child (an `umount` half-way through a teardown) and us.
+  process.on('SIGTERM', stop)
+  process.on('SIGINT', stop)
   const progress = process.stderr.isTTY && request.kind === 'purge' && !options.dryRun ? progressReporter(process.stderr) : undefined
   const ctx: RunContext = {
     io: systemIo,
-    log,
+    log: clearingFirst(log, progress),
     stdout: (text) => {
       progress?.clear()
       process.stdout.write(text + '\n')

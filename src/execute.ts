@@ -122,6 +122,11 @@ async function carryOut(decision: Decision, ctx: ExecuteContext): Promise<Result
       attempt.held.release()
     }
   } catch (err) {
+    // The stop signal came while the lock was being taken: the teardown refused to start
+    // (throwIfAborted). A cancellation, not a bug: no stack trace.
+    if (ctx.signal?.aborted && err === ctx.signal.reason) {
+      return { decision, outcome: 'failed', error: 'cancelled before its teardown started: nothing was changed', freedBytes: 0 }
+    }
     return { decision, outcome: 'failed', error: messageOf(err), freedBytes: 0 }
   }
 }
