@@ -13,23 +13,13 @@ import * as fs from 'node:fs'
 import { assertRootSandbox, listing, mountPointsBelow } from '../helpers/sys.js'
 import { runCliSync, startCli } from '../helpers/cli.js'
 import { flockStatus, leakMount, locksOn, makeCopy, makeWorld, processes, sleep, until, type ProcInfo } from '../helpers/build-root.js'
+import { prng as random } from '../helpers/random.js'
 
 assertRootSandbox()
 
 const SEED = 0x5eedc0de
 const RUNS = 15
 
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
-function random(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 /** Field 22 of /proc/PID/stat: with the pid, it names one process (pids are reused). */
 function startTime(pid: number): string | undefined {

@@ -18,20 +18,11 @@ import { parseCli } from '../../src/cli.js'
 import { parseDuration } from '../../src/duration.js'
 import { parseSize } from '../../src/size.js'
 import { parseConfig } from '../../src/config.js'
+import { prng } from '../helpers/random.js'
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? 0xf022)
 const CASES = 3000
 
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const rand = prng(SEED)
 const int = (n: number) => Math.floor(rand() * n)

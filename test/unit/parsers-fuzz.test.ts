@@ -13,20 +13,10 @@ import { CleanerError } from '../../src/errors.js'
 import { decodeDev, parseLocks, type LockEntry } from '../../src/locks.js'
 import { MountTable, escapeMountPath, parseMountinfo, unescapeMountPath, type Mount } from '../../src/mountinfo.js'
 import { isAtOrBelow } from '../../src/paths.js'
+import { prng } from '../helpers/random.js'
 
 const SEED = Number(process.env['FUZZ_SEED'] ?? 0x5eed)
 
-/** mulberry32: a tiny, well-mixed 32-bit PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 class Gen {
   readonly next: () => number
