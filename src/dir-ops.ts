@@ -37,6 +37,7 @@ export interface DirOps {
 const O_PATH = 0o10000000 // not in fs.constants; Linux passes it through
 const OPEN_DIR = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY | fs.constants.O_NOFOLLOW // libuv adds O_CLOEXEC
 const LIST_BUFFER = 128
+const NOT_ASCII = /[^\x00-\x7f]/
 
 /** The directory fd the process cwd was last moved to by us, if still known. */
 let cwdFd: number | undefined
@@ -78,10 +79,13 @@ function typeOf(d: { isDirectory(): boolean; isFile(): boolean; isSymbolicLink()
 
 function* list(dirFd: number): Generator<{ name: EntryName; type: EntryType }> {
   // Through the magic link, not '.': the listing must keep naming this directory after the cwd moves on.
-  const dir = fs.opendirSync(`/proc/self/fd/${dirFd}`, { encoding: 'buffer' as BufferEncoding, bufferSize: LIST_BUFFER })
+  // latin1 maps each byte to one character, so it loses nothing; an ASCII name (nearly all) is then
+  // already its string, and only the others go through the bytes (half the cost of 'buffer' per entry).
+  const dir = fs.opendirSync(`/proc/self/fd/${dirFd}`, { encoding: 'latin1', bufferSize: LIST_BUFFER })
   try {
     for (let d = dir.readSync(); d !== null; d = dir.readSync()) {
-      yield { name: nameOf(d.name as unknown as Buffer), type: typeOf(d) }
+      const raw = d.name
+      yield { name: NOT_ASCII.test(raw) ? nameOf(Buffer.from(raw, 'latin1')) : raw, type: typeOf(d) }
     }
   } finally {
     dir.closeSync()
@@ -138,11 +142,31 @@ export function preservingCwd<T>(fn: () => T): T {
   try {
     return fn()
   } finally {
-    cwdFd = undefined
-    try {
-      process.chdir(`/proc/self/fd/${saved}`)
-    } finally {
-      fs.closeSync(saved)
-    }
+    restoreCwd(saved)
   }
+}
+
+/** preservingCwd for an async `fn`. */
+export async function preservingCwdAsync<T>(fn: () => Promise<T>): Promise<T> {
+  const saved = fs.openSync('.', O_PATH | fs.constants.O_DIRECTORY)
+  cwdFd = undefined
+  try {
+    return await fn()
+  } finally {
+    restoreCwd(saved)
+  }
+}
+
+function restoreCwd(saved: number): void {
+  cwdFd = undefined
+  try {
+    process.chdir(`/proc/self/fd/${saved}`)
+  } finally {
+    fs.closeSync(saved)
+  }
+}
+
+/** Forget where the cwd is: the next at-operation moves it again through /proc/self/fd/N. */
+export function forgetCwd(): void {
+  cwdFd = undefined
 }

@@ -23,7 +23,7 @@ import { lockChroot } from './chroot-lock.js'
 import { scanProcesses, usersOfChroots } from './processes.js'
 import { detachMountsBelow } from './unmount.js'
 import { readMountTable } from './mountinfo.js'
-import { removeTree } from './remove-tree.js'
+import { removeTreeAsync } from './remove-tree.js'
 import { deleteSubvolumes, findSubvolumesBelow } from './btrfs.js'
 import { busyReasons } from './plan.js'
 import { formatAge, formatBytes } from './duration.js'
@@ -169,7 +169,7 @@ async function remove(
     }
     if (nested.length > 0) await deleteSubvolumes(io, chrootPath, { includeSelf: false, log })
   }
-  const result = removeTree(chrootPath, {
+  const result = await removeTreeAsync(chrootPath, {
     mountPoints: readMountTable(io).mountPoints(),
     expect: { dev: chroot.dev, ino: chroot.ino },
     ...(ctx.dirOps ? { ops: ctx.dirOps } : {}),

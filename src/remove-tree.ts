@@ -21,7 +21,7 @@
  */
 import { CleanerError, errnoOf } from './errors.js'
 import { isStrictlyBelow } from './paths.js'
-import { isPlainName, preservingCwd, systemDirOps, type DirOps, type EntryName, type EntryType } from './dir-ops.js'
+import { forgetCwd, isPlainName, preservingCwd, preservingCwdAsync, systemDirOps, type DirOps, type EntryName, type EntryType } from './dir-ops.js'
 
 export interface RemoveOptions {
   /** Mount points from a fresh mountinfo read; none of them is entered or removed. */
@@ -309,33 +309,74 @@ export class Removal {
 }
 
 /**
- * The synchronous depth-first walker: empties `top` and everything below it, then removes
- * it. Cancellation is looked at before every step, so it lands between two syscalls.
+ * The depth-first walker: empties `top` and everything below it, then removes it.
+ * Cancellation is looked at before every step, so it lands between two syscalls.
  */
-export function emptyDepthFirst(r: Removal, top: Frame): void {
-  const stack: Frame[] = []
-  const push = (f: Frame | undefined): void => {
-    if (f === undefined) return
-    stack.push(f)
-    r.list(f)
+class DepthFirst {
+  readonly #stack: Frame[] = []
+  constructor(readonly r: Removal, top: Frame) {
+    this.#push(top)
   }
-  push(top)
-  try {
-    while (stack.length > 0 && !r.cancelled) {
-      const dir = stack[stack.length - 1]!
+
+  #push(f: Frame | undefined): void {
+    if (f === undefined) return
+    this.#stack.push(f)
+    this.r.list(f)
+  }
+
+  /** Up to `budget` steps; true when the walk is over (done or cancelled). */
+  run(budget: number): boolean {
+    const { r } = this
+    for (let i = 0; i < budget; i++) {
+      if (this.#stack.length === 0 || r.cancelled) return true
+      const dir = this.#stack[this.#stack.length - 1]!
       const entry = r.next(dir)
       if (entry !== undefined) {
-        push(r.step(dir, entry.name, entry.type))
+        this.#push(r.step(dir, entry.name, entry.type))
         continue
       }
-      stack.pop()
+      this.#stack.pop()
       r.release(dir)
-      push(r.finish(dir))
+      this.#push(r.finish(dir))
+    }
+    return this.#stack.length === 0 || r.cancelled
+  }
+
+  /** Releases what is still open; reports a cancellation. */
+  end(): void {
+    while (this.#stack.length > 0) this.r.release(this.#stack.pop()!)
+    if (this.r.cancelled && !this.r.rootGone) this.r.cancel()
+  }
+}
+
+export function emptyDepthFirst(r: Removal, top: Frame): void {
+  const walk = new DepthFirst(r, top)
+  try {
+    walk.run(Infinity)
+  } finally {
+    walk.end()
+  }
+}
+
+/** Steps between two returns to the event loop in the async walk: a few ms of work. */
+const SLICE_STEPS = 2048
+
+/**
+ * The same walk, returning to the event loop every SLICE_STEPS steps so that a SIGTERM handler
+ * can abort `options.signal` in the middle of a big tree. After each pause the cwd cache is
+ * dropped: the next operation re-enters its directory through /proc/self/fd/N, so nothing that
+ * ran meanwhile can leave a relative name resolving elsewhere.
+ */
+export async function emptyDepthFirstAsync(r: Removal, top: Frame): Promise<void> {
+  const walk = new DepthFirst(r, top)
+  try {
+    while (!walk.run(SLICE_STEPS)) {
+      await new Promise<void>((resolve) => setImmediate(resolve))
+      forgetCwd()
     }
   } finally {
-    while (stack.length > 0) r.release(stack.pop()!)
+    walk.end()
   }
-  if (r.cancelled && !r.rootGone) r.cancel()
 }
 
 function refuse(rootPath: string, why: string): never {
@@ -368,6 +409,61 @@ function identify(ops: DirOps, parentFd: number, rootFd: number, rootPath: strin
 const gone = (): RemoveResult => ({ ok: true, entries: 0, skipped: [], errors: [] })
 const failed = (path: string, syscall: string, err: unknown): RemoveResult => ({ ok: false, entries: 0, skipped: [], errors: [problem(path, syscall, err)] })
 
+/** A removal under way: the verified root's frame (undefined if it could not be entered) and its parent's fd, which the caller closes. */
+export interface Opened {
+  readonly removal: Removal
+  readonly top: Frame | undefined
+  readonly parentFd: number
+}
+
+/**
+ * The start shared by every walker: refusals (CleanerError 'EREFUSED', nothing touched),
+ * then the root opened through its parent and checked against the plan. A root that is
+ * gone, or cannot be opened, is already a result. Moves the cwd (through `ops`).
+ */
+export function openRoot(rootPath: string, options: RemoveOptions): Opened | RemoveResult {
+  refuseByPath(rootPath, options.mountPoints)
+  const ops = options.ops ?? systemDirOps
+  const cut = rootPath.lastIndexOf('/')
+  const parentPath = cut === 0 ? '/' : rootPath.slice(0, cut)
+  const name = rootPath.slice(cut + 1)
+  let parentFd: number
+  try {
+    parentFd = ops.openDir(undefined, parentPath)
+  } catch (err) {
+    const code = errnoOf(err)
+    if (code === 'ENOENT') return gone()
+    if (code === 'ENOTDIR' || code === 'ELOOP') refuse(rootPath, `its parent '${parentPath}' is not a directory (a symlink?)`)
+    return failed(parentPath, 'open', err)
+  }
+  let handedOver = false
+  try {
+    let rootFd: number
+    try {
+      rootFd = ops.openDir(parentFd, name)
+    } catch (err) {
+      const code = errnoOf(err)
+      if (code === 'ENOENT') return gone()
+      if (code === 'ENOTDIR' || code === 'ELOOP') refuse(rootPath, 'it is not a directory (a symlink?)')
+      return failed(rootPath, 'open', err)
+    }
+    let root: ReturnType<typeof identify>
+    try {
+      root = identify(ops, parentFd, rootFd, rootPath, options.expect)
+    } catch (err) {
+      ops.close(rootFd)
+      if (err instanceof CleanerError) throw err
+      return failed(rootPath, 'fstat', err)
+    }
+    const removal = new Removal(ops, root, options)
+    const top = removal.frame(rootFd, parentFd, name, rootPath, undefined, 0)
+    handedOver = true
+    return { removal, top, parentFd }
+  } finally {
+    if (!handedOver) ops.close(parentFd)
+  }
+}
+
 /**
  * Removes the tree at `rootPath` and the root directory itself, without leaving the root's
  * filesystem and mount. Refusals (CleanerError 'EREFUSED') happen before anything is touched;
@@ -375,44 +471,31 @@ const failed = (path: string, syscall: string, err: unknown): RemoveResult => ({
  */
 export function removeTree(rootPath: string, options: RemoveOptions): RemoveResult {
   refuseByPath(rootPath, options.mountPoints)
-  const ops = options.ops ?? systemDirOps
-  const cut = rootPath.lastIndexOf('/')
-  const parentPath = cut === 0 ? '/' : rootPath.slice(0, cut)
-  const name = rootPath.slice(cut + 1)
   return preservingCwd(() => {
-    let parentFd: number
+    const opened = openRoot(rootPath, options)
+    if (!('removal' in opened)) return opened
+    const { removal, top, parentFd } = opened
     try {
-      parentFd = ops.openDir(undefined, parentPath)
-    } catch (err) {
-      const code = errnoOf(err)
-      if (code === 'ENOENT') return gone()
-      if (code === 'ENOTDIR' || code === 'ELOOP') refuse(rootPath, `its parent '${parentPath}' is not a directory (a symlink?)`)
-      return failed(parentPath, 'open', err)
-    }
-    try {
-      let rootFd: number
-      try {
-        rootFd = ops.openDir(parentFd, name)
-      } catch (err) {
-        const code = errnoOf(err)
-        if (code === 'ENOENT') return gone()
-        if (code === 'ENOTDIR' || code === 'ELOOP') refuse(rootPath, 'it is not a directory (a symlink?)')
-        return failed(rootPath, 'open', err)
-      }
-      let root: ReturnType<typeof identify>
-      try {
-        root = identify(ops, parentFd, rootFd, rootPath, options.expect)
-      } catch (err) {
-        ops.close(rootFd)
-        if (err instanceof CleanerError) throw err
-        return failed(rootPath, 'fstat', err)
-      }
-      const r = new Removal(ops, root, options)
-      const top = r.frame(rootFd, parentFd, name, rootPath, undefined, 0)
-      if (top !== undefined) emptyDepthFirst(r, top)
-      return r.result()
+      if (top !== undefined) emptyDepthFirst(removal, top)
+      return removal.result()
     } finally {
-      ops.close(parentFd)
+      removal.ops.close(parentFd)
+    }
+  })
+}
+
+/** removeTree for the CLI: the same walk, pausing now and then so that a stop signal is seen. */
+export async function removeTreeAsync(rootPath: string, options: RemoveOptions): Promise<RemoveResult> {
+  refuseByPath(rootPath, options.mountPoints)
+  return preservingCwdAsync(async () => {
+    const opened = openRoot(rootPath, options)
+    if (!('removal' in opened)) return opened
+    const { removal, top, parentFd } = opened
+    try {
+      if (top !== undefined) await emptyDepthFirstAsync(removal, top)
+      return removal.result()
+    } finally {
+      removal.ops.close(parentFd)
     }
   })
 }
