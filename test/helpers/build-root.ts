@@ -103,7 +103,24 @@ export function flockStatus(file: string): number | null {
 
 /** /proc/locks without the line numbers (they shift when other locks come and go). */
 export function locksText(): string {
-  return fs.readFileSync('/proc/locks', 'utf8').replace(/^\d+: /gm, '').split('\n').sort().join('\n')
+  // /proc/locks is global: keep only locks on filesystems this mount namespace sees, so that a
+  // lock taken in another namespace (another test run, a benchmark) cannot disturb the comparison.
+  const ours = new Set(
+    fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean).map((line) => {
+      const [major, minor] = line.split(' ')[2]!.split(':').map(Number)
+      return `${major!.toString(16).padStart(2, '0')}:${minor!.toString(16).padStart(2, '0')}`
+    }),
+  )
+  return fs
+    .readFileSync('/proc/locks', 'utf8')
+    .replace(/^\d+: /gm, '')
+    .split('\n')
+    .filter((line) => {
+      const dev = /\s([0-9a-f]+:[0-9a-f]+):\d+\s/.exec(line)?.[1]
+      return dev === undefined || ours.has(dev)
+    })
+    .sort()
+    .join('\n')
 }
 
 /** mountinfo as a comparable text (mount ids included: a remount would change them). */

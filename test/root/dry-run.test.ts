@@ -7,6 +7,7 @@ import * as assert from 'uvu/assert'
 import * as fs from 'node:fs'
 import { assertRootSandbox, listing } from '../helpers/sys.js'
 import { buildFixture, runCli, type Fixture } from '../helpers/fixture.js'
+import { locksText } from '../helpers/build-root.js'
 
 assertRootSandbox()
 
@@ -31,7 +32,7 @@ test('every case gets the right decision, and the dry run changes nothing', () =
   const treeBefore = listing(fx.buildRoot)
   const hostBefore = listing(fx.hostRun)
   const mountsBefore = fs.readFileSync('/proc/self/mountinfo', 'utf8')
-  const locksBefore = fs.readFileSync('/proc/locks', 'utf8').replace(/^\d+: /gm, '')
+  const locksBefore = locksText()
 
   const r = runCli(['--dry-run', '--json', '--build-root', fx.buildRoot])
   assert.is(r.status, 0, r.stderr)
@@ -39,7 +40,7 @@ test('every case gets the right decision, and the dry run changes nothing', () =
   assert.is(listing(fx.buildRoot), treeBefore, 'tree changed')
   assert.is(listing(fx.hostRun), hostBefore, 'host run dir changed')
   assert.is(fs.readFileSync('/proc/self/mountinfo', 'utf8'), mountsBefore, 'mounts changed')
-  assert.is(fs.readFileSync('/proc/locks', 'utf8').replace(/^\d+: /gm, ''), locksBefore, 'locks changed')
+  assert.is(locksText(), locksBefore, 'locks changed')
 
   const out = JSON.parse(r.stdout) as { dryRun: boolean; chroots: JsonChroot[]; summary: Record<string, number> }
   assert.is(out.dryRun, true)
