@@ -3,6 +3,9 @@
  * Entry point: wires the process (argv, config file, signals, stdout, TTY progress, exit code)
  * to a run. SIGTERM/SIGINT (systemd stop, Ctrl-C) abort through one AbortSignal: the run stops
  * between steps, never inside a mount teardown, and every lock is released on the way out.
+ *
+ * A purge is run to delete, usually on a full disk: its remove helpers are started before the
+ * rest of the program is even loaded, so that they are up when the walk begins.
  */
 import { createRequire } from 'node:module'
 import { parseCli, HELP } from './cli.js'
@@ -11,10 +14,10 @@ import { createLogger } from './log.js'
 import { systemIo } from './io.js'
 import { DEFAULT_CONFIG, loadConfig } from './config.js'
 import { resolveOptions } from './options.js'
-import { runClean } from './run.js'
-import { runPurge } from './purge.js'
-import { EXIT_FAILED, EXIT_USAGE, type RunContext } from './session.js'
+import { EXIT_FAILED, EXIT_USAGE } from './exit-codes.js'
 import { clearingFirst, progressReporter } from './progress.js'
+import { startRemoveHelpers } from './remove-parallel.js'
+import type { RunContext } from './session.js'
 
 async function main(argv: readonly string[]): Promise<number> {
   let request
@@ -58,6 +61,7 @@ async function main(argv: readonly string[]): Promise<number> {
     throw err
   }
 
+  const helpers = request.kind === 'purge' && !options.dryRun && options.jobs > 1 ? startRemoveHelpers(options.jobs - 1) : undefined
   const controller = new AbortController()
   const stop = (signal: NodeJS.Signals) => {
     log.warn(`received ${signal}: stopping after the current step`)
@@ -77,11 +81,18 @@ async function main(argv: readonly string[]): Promise<number> {
     },
     signal: controller.signal,
     ...(progress ? { onProgress: progress.update } : {}),
+    ...(helpers ? { removeHelpers: helpers } : {}),
   }
   try {
-    return request.kind === 'purge' ? await runPurge(options, request.paths, ctx) : await runClean(options, ctx)
+    if (request.kind === 'purge') {
+      const { runPurge } = await import('./purge.js')
+      return await runPurge(options, request.paths, ctx)
+    }
+    const { runClean } = await import('./run.js')
+    return await runClean(options, ctx)
   } finally {
     progress?.clear()
+    await helpers?.close()
   }
 }
 

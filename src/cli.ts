@@ -7,6 +7,7 @@ import { parseArgs } from 'node:util'
 import { CleanerError } from './errors.js'
 import { parseDuration } from './duration.js'
 import { parseSize } from './size.js'
+import { parseJobs } from './jobs.js'
 
 export const DEFAULT_BUILD_ROOT = '/var/lib/archbuild'
 export const DEFAULT_MAX_AGE = '7d'
@@ -22,6 +23,8 @@ export interface Flags {
   readonly runLock: string | undefined
   readonly metricsFile: string | undefined
   readonly verbosity: 'quiet' | 'normal' | 'verbose'
+  /** Walkers for a deletion (this process and jobs − 1 helpers). */
+  readonly jobs: number | undefined
   // clean
   readonly maxAgeMs: number | undefined
   readonly minFreeBytes: number | undefined
@@ -54,6 +57,8 @@ Options:
       --json              print one JSON object on stdout (logs stay on stderr)
       --metrics-file PATH write node_exporter textfile metrics after a real run
       --run-lock FILE     single-instance lock (default ${DEFAULT_RUN_LOCK})
+  -j, --jobs N            delete with N walkers: this process and N-1 helper processes
+                          (default: one per core, at most 4; 1 = no helpers)
   -v, --verbose           more detail on stderr
   -q, --quiet             only warnings and errors on stderr
   -h, --help              this help
@@ -79,6 +84,7 @@ const OPTIONS = {
   json: { type: 'boolean' },
   'metrics-file': { type: 'string' },
   'run-lock': { type: 'string' },
+  jobs: { type: 'string', short: 'j' },
   kill: { type: 'boolean' },
   grace: { type: 'string' },
   verbose: { type: 'boolean', short: 'v' },
@@ -123,6 +129,7 @@ export function parseCli(argv: readonly string[]): CliRequest {
     runLock: values['run-lock'],
     metricsFile: values['metrics-file'],
     verbosity: values.verbose ? 'verbose' : values.quiet ? 'quiet' : 'normal',
+    jobs: values.jobs === undefined ? undefined : parseJobs('--jobs', values.jobs),
     maxAgeMs: values['max-age'] === undefined ? undefined : parseDuration('--max-age', values['max-age']),
     minFreeBytes: values['min-free'] === undefined ? undefined : parseSize('--min-free', values['min-free']),
     kill: values.kill ?? false,

@@ -18,6 +18,7 @@ import type { Logger } from './logger.js'
 import { CleanerError, describeSystemError, errnoOf } from './errors.js'
 import { parseDuration } from './duration.js'
 import { parseSize } from './size.js'
+import { MAX_JOBS, parseJobs } from './jobs.js'
 
 export interface FileConfig {
   buildRoots?: string[]
@@ -27,6 +28,7 @@ export interface FileConfig {
   grace?: string
   metricsFile?: string
   runLock?: string
+  jobs?: number
 }
 
 export const DEFAULT_CONFIG = '/etc/build-cleaner.json'
@@ -57,6 +59,10 @@ const CHECKS: { readonly [K in keyof Required<FileConfig>]: Check } = {
   grace: through(parseDuration, 'a duration like "10m"'),
   metricsFile: absolutePath,
   runLock: absolutePath,
+  jobs: (v, field) => {
+    if (typeof v !== 'number') throw expected(field, `a whole number from 1 to ${MAX_JOBS}`, v)
+    return parseJobs(field, v)
+  },
 }
 const KEYS = Object.keys(CHECKS) as (keyof FileConfig)[]
 

@@ -8,7 +8,8 @@
  *              re-read mountinfo: anything left → fail, delete nothing (seed incident 1)
  *   4. delete  btrfs subvolumes by `btrfs subvolume delete`, everything else by the
  *              one-filesystem remover, which never leaves the chroot's device or mount
- *              (seed incident 2). `detach` stops after step 3.
+ *              (seed incident 2), walked by `jobs` processes (remove-parallel.ts).
+ *              `detach` stops after step 3.
  *
  * A failure in one chroot is reported and the run moves on to the next.
  */
@@ -23,7 +24,7 @@ import { lockChroot } from './chroot-lock.js'
 import { scanProcesses, usersOfChroots } from './processes.js'
 import { detachMountsBelow } from './unmount.js'
 import { readMountTable } from './mountinfo.js'
-import { removeTreeAsync } from './remove-tree.js'
+import { removeTreeParallel, type RemoveHelpers } from './remove-parallel.js'
 import { deleteSubvolumes, findSubvolumesBelow } from './btrfs.js'
 import { busyReasons } from './plan.js'
 import { formatAge, formatBytes } from './duration.js'
@@ -40,6 +41,10 @@ export interface ExecuteContext {
   /** Asked right before a deletion: a reason to keep the chroot after all (--min-free reached). */
   readonly beforeRemove?: (decision: Decision) => string | undefined
   readonly signal?: AbortSignal
+  /** Walkers for a deletion (1: this process alone); helpers started ahead, if any, are used instead of forking. */
+  readonly jobs?: number
+  readonly removeHelpers?: RemoveHelpers
+  /** The fault-injection seam of the remover (tests): the walk then stays in this process. */
   readonly dirOps?: DirOps
   readonly onProgress?: (p: { path: string; entries: number }) => void
 }
@@ -169,9 +174,11 @@ async function remove(
     }
     if (nested.length > 0) await deleteSubvolumes(io, chrootPath, { includeSelf: false, log })
   }
-  const result = await removeTreeAsync(chrootPath, {
+  const result = await removeTreeParallel(chrootPath, {
     mountPoints: readMountTable(io).mountPoints(),
     expect: { dev: chroot.dev, ino: chroot.ino },
+    ...(ctx.removeHelpers ? { helpers: ctx.removeHelpers } : {}),
+    ...(ctx.jobs !== undefined ? { workers: ctx.jobs } : {}),
     ...(ctx.dirOps ? { ops: ctx.dirOps } : {}),
     ...(ctx.signal ? { signal: ctx.signal } : {}),
     ...(ctx.onProgress ? { onProgress: (p: { entries: number }) => ctx.onProgress!({ path: chrootPath, ...p }) } : {}),

@@ -7,6 +7,7 @@ import type { FileConfig } from './config.js'
 import { DEFAULT_GRACE, DEFAULT_MAX_AGE, DEFAULT_RUN_LOCK } from './cli.js'
 import { parseDuration } from './duration.js'
 import { parseSize } from './size.js'
+import { defaultJobs } from './jobs.js'
 
 export interface RunOptions {
   readonly dryRun: boolean
@@ -16,6 +17,8 @@ export interface RunOptions {
   readonly verbosity: 'quiet' | 'normal' | 'verbose'
   readonly runLock: string
   readonly metricsFile: string | undefined
+  /** Walkers for a deletion: 1 = this process alone. */
+  readonly jobs: number
   // clean
   readonly maxAgeMs: number
   readonly minFreeBytes: number | undefined
@@ -36,6 +39,7 @@ export function resolveOptions(flags: Flags, config: FileConfig): RunOptions {
     verbosity: flags.verbosity,
     runLock: flags.runLock ?? config.runLock ?? DEFAULT_RUN_LOCK,
     metricsFile: flags.metricsFile ?? config.metricsFile,
+    jobs: flags.jobs ?? config.jobs ?? defaultJobs(),
     maxAgeMs: flags.maxAgeMs ?? fromConfig(config.maxAge, 'maxAge', parseDuration) ?? parseDuration('default', DEFAULT_MAX_AGE),
     minFreeBytes: flags.minFreeBytes ?? fromConfig(config.minFree, 'minFree', parseSize),
     keepRoot: config.keepRoot ?? true,

@@ -20,7 +20,7 @@ import { killChrootUsers } from './kill-users.js'
 import { lockChroot } from './chroot-lock.js'
 import { resolvePurgeTarget, type PurgeTarget } from './purge-target.js'
 import { CleanerError, describeSystemError, isVanished } from './errors.js'
-import { EXIT_FAILED, finishRun, startRun, type RunContext } from './session.js'
+import { EXIT_FAILED, finishRun, helpersFor, startRun, type RunContext } from './session.js'
 import { toJson, toTable } from './report.js'
 
 export async function runPurge(options: RunOptions, paths: readonly string[], ctx: RunContext): Promise<number> {
@@ -32,6 +32,7 @@ export async function runPurge(options: RunOptions, paths: readonly string[], ct
   if ('exit' in started) return started.exit
   const { buildRoots, release, startedAt } = started
   const { io, log } = ctx
+  let removers: ReturnType<typeof helpersFor> | undefined
   try {
     const snapshot = await takeSnapshot(io, buildRoots)
     const plan = planPurge(snapshot.chroots, snapshot.refused, targets, options.kill)
@@ -40,10 +41,13 @@ export async function runPurge(options: RunOptions, paths: readonly string[], ct
     let results: Result[] | undefined
     if (!options.dryRun) {
       results = []
+      removers = helpersFor(options, ctx, plan)
       const exec: ExecuteContext = {
         io,
         log,
         buildRoots,
+        jobs: options.jobs,
+        ...(removers.helpers ? { removeHelpers: removers.helpers } : {}),
         ...(ctx.signal ? { signal: ctx.signal } : {}),
         ...(ctx.dirOps ? { dirOps: ctx.dirOps } : {}),
         ...(ctx.onProgress ? { onProgress: ctx.onProgress } : {}),
@@ -56,6 +60,7 @@ export async function runPurge(options: RunOptions, paths: readonly string[], ct
     log.error(`purge stopped: ${(err as Error).message}`)
     return EXIT_FAILED
   } finally {
+    await removers?.close()
     release()
   }
 }

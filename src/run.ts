@@ -9,7 +9,7 @@ import { takeSnapshot } from './snapshot.js'
 import { plan } from './plan.js'
 import { execute } from './execute.js'
 import { planFreeSpace } from './free-space.js'
-import { EXIT_FAILED, EXIT_OK, finishRun, startRun, type RunContext } from './session.js'
+import { EXIT_FAILED, EXIT_OK, finishRun, helpersFor, startRun, type RunContext } from './session.js'
 import { toJson, toTable } from './report.js'
 
 export async function runClean(options: RunOptions, ctx: RunContext): Promise<number> {
@@ -17,6 +17,7 @@ export async function runClean(options: RunOptions, ctx: RunContext): Promise<nu
   if ('exit' in started) return started.exit
   const { buildRoots, release, startedAt } = started
   const { io, log } = ctx
+  let removers: ReturnType<typeof helpersFor> | undefined
   try {
     const snapshot = await takeSnapshot(io, buildRoots)
     // Reported, not fatal: only a process more privileged than we are (we run in a container
@@ -31,11 +32,14 @@ export async function runClean(options: RunOptions, ctx: RunContext): Promise<nu
 
     let results: Result[] | undefined
     if (!options.dryRun) {
+      removers = helpersFor(options, ctx, decisions)
       results = await execute(space?.order ?? decisions, {
         io,
         log,
         buildRoots,
         maxAgeMs: options.maxAgeMs,
+        jobs: options.jobs,
+        ...(removers.helpers ? { removeHelpers: removers.helpers } : {}),
         ...(space ? { beforeRemove: space.beforeRemove } : {}),
         ...(ctx.signal ? { signal: ctx.signal } : {}),
         ...(ctx.dirOps ? { dirOps: ctx.dirOps } : {}),
@@ -53,6 +57,7 @@ export async function runClean(options: RunOptions, ctx: RunContext): Promise<nu
     ctx.log.error(`run stopped: ${(err as Error).message}`)
     return EXIT_FAILED
   } finally {
+    await removers?.close()
     release()
   }
 }

@@ -15,12 +15,11 @@ import { CleanerError, isInputError } from './errors.js'
 import { validateBuildRoot } from './discover.js'
 import { lockChroot } from './chroot-lock.js'
 import { summarize, summaryLine } from './report.js'
+import { startRemoveHelpers, type RemoveHelpers } from './remove-parallel.js'
 import { readLastSuccess, renderMetrics, writeMetricsAtomically } from './metrics.js'
+import { EXIT_FAILED, EXIT_OK, EXIT_RUNNING, EXIT_USAGE } from './exit-codes.js'
 
-export const EXIT_OK = 0
-export const EXIT_FAILED = 1
-export const EXIT_USAGE = 2
-export const EXIT_RUNNING = 75
+export { EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING }
 
 export interface RunContext {
   readonly io: Io
@@ -29,6 +28,8 @@ export interface RunContext {
   readonly signal?: AbortSignal
   /** The remover's seam, for fault-injection tests. */
   readonly dirOps?: DirOps
+  /** Remove helpers the caller started ahead (the CLI, for a purge) and closes itself. */
+  readonly removeHelpers?: RemoveHelpers
   /** Live progress of a big deletion (the CLI shows it on a TTY only). */
   readonly onProgress?: (p: { path: string; entries: number }) => void
 }
@@ -110,4 +111,19 @@ export function resolveBuildRoots(io: Io, given: readonly string[]): string[] {
     }
   }
   return roots
+}
+
+/**
+ * Helper processes for the deletions ahead, started now so that their start (0.1–0.3 s) overlaps
+ * the lock, user re-scan and unmount steps; none when nothing will be walked (a dry run, no
+ * removal of a plain-directory chroot, --jobs 1) or the walk must stay in this process (dirOps).
+ * Helpers the caller started (ctx.removeHelpers) are used as they are, and left to it to close.
+ */
+export function helpersFor(options: RunOptions, ctx: RunContext, decisions: readonly Decision[]): { helpers?: RemoveHelpers; close(): Promise<void> } {
+  const none = { close: async () => {} }
+  if (ctx.removeHelpers !== undefined) return { helpers: ctx.removeHelpers, close: none.close } // the caller's to close
+  const walks = decisions.some((d) => d.action === 'remove' && d.chroot !== undefined && !d.chroot.btrfsSubvolume)
+  if (options.dryRun || options.jobs <= 1 || ctx.dirOps !== undefined || !walks) return none
+  const helpers = startRemoveHelpers(options.jobs - 1)
+  return { helpers, close: () => helpers.close() }
 }

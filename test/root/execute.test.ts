@@ -30,6 +30,7 @@ const options = (buildRoot: string, runLock: string): RunOptions => ({
   keepRoot: true,
   kill: false,
   graceMs: 10_000,
+  jobs: 2,
 })
 
 interface Outcome { path: string; outcome: string; error?: string }

@@ -52,6 +52,7 @@ const options = (w: World, buildRoots = [w.buildRoot]): RunOptions => ({
   keepRoot: true,
   kill: false,
   graceMs: 10_000,
+  jobs: 2,
 })
 
 /** runClean in-process with a seam replaced; the JSON report, exit code and log. */

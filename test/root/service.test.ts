@@ -566,7 +566,7 @@ test('SIGTERM while a chroot\'s lock is being taken (in-process, deterministic):
     })
     const options: RunOptions = {
       dryRun: false, json: true, buildRoots: [w.buildRoot], maxAgeMs: 7 * 86_400_000, verbosity: 'normal', runLock: w.runLock,
-      metricsFile: undefined, minFreeBytes: undefined, keepRoot: true, kill: false, graceMs: 10_000,
+      metricsFile: undefined, minFreeBytes: undefined, keepRoot: true, kill: false, graceMs: 10_000, jobs: 2,
     }
     let out = ''
     const log = recordingLogger()

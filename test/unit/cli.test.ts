@@ -1,5 +1,6 @@
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
+import * as os from 'node:os'
 import { parseCli, type CliRequest } from '../../src/cli.js'
 import { resolveOptions } from '../../src/options.js'
 import { CleanerError } from '../../src/errors.js'
@@ -33,6 +34,18 @@ test('defaults: not a dry run, default max age 7d, grace 10s, run lock, keep roo
   assert.is(o.runLock, '/run/build-cleaner.lock')
   assert.is(o.keepRoot, true)
   assert.is(o.minFreeBytes, undefined)
+  assert.is(o.jobs, Math.min(os.availableParallelism(), 4))
+})
+
+test('--jobs / -j: walkers for a deletion, over the config; a whole number from 1 to 64', () => {
+  assert.is(resolveOptions(clean(['--jobs', '1']), { jobs: 3 }).jobs, 1)
+  assert.is(resolveOptions(clean(['-j', '8']), {}).jobs, 8)
+  assert.is(resolveOptions(clean([]), { jobs: 3 }).jobs, 3)
+  const p = parseCli(['purge', '-j2', '/x'])
+  assert.is(p.kind === 'purge' && p.flags.jobs, 2)
+  for (const bad of ['0', '65', '1.5', 'many', '', '-1']) {
+    assert.is(usage([`--jobs=${bad}`]), `--jobs must be a whole number from 1 to 64 (1: no helper processes), got ${JSON.stringify(bad)}`)
+  }
 })
 
 test('--dry-run, repeated --build-root, --max-age in h/d/m, --min-free, --json', () => {

@@ -34,6 +34,7 @@ test('a full config: every key as given', () => {
     grace: '10m',
     metricsFile: '/var/lib/prometheus/node-exporter/build_cleaner.prom',
     runLock: '/run/build-cleaner.lock',
+    jobs: 2,
   })
   assert.equal(parseConfig(text, SRC), {
     buildRoots: ['/var/lib/archbuild', '/srv/archbuild'],
@@ -43,6 +44,7 @@ test('a full config: every key as given', () => {
     grace: '10m',
     metricsFile: '/var/lib/prometheus/node-exporter/build_cleaner.prom',
     runLock: '/run/build-cleaner.lock',
+    jobs: 2,
   })
   assert.equal(parseConfig('{}', SRC), {})
   assert.equal(parseConfig(' \n{ "keepRoot": true }\n', SRC), { keepRoot: true })
@@ -83,6 +85,8 @@ test('wrong types name the key and say what came (JSON for scalars, the kind for
   assert.is(parseError('{"metricsFile": "build_cleaner.prom"}'), `${SRC}: config.metricsFile must be an absolute path, got "build_cleaner.prom"`)
   assert.is(parseError('{"runLock": ""}'), `${SRC}: config.runLock must be an absolute path, got ""`)
   assert.is(parseError('{"runLock": "/run/x\\u0000y"}'), `${SRC}: config.runLock must be an absolute path, got "/run/x\\u0000y"`)
+  assert.is(parseError('{"jobs": "4"}'), `${SRC}: config.jobs must be a whole number from 1 to 64, got "4"`)
+  for (const bad of ['0', '1.5', '65', '-1']) assert.match(parseError(`{"jobs": ${bad}}`), `config.jobs must be a whole number from 1 to 64`)
   const long = 'x'.repeat(200)
   assert.is(parseError(`{"maxAge": ${JSON.stringify(long)}}`).length < 300, true, 'a long value is not echoed whole')
 })
@@ -93,7 +97,7 @@ test('unknown keys are refused, with the near miss or the list of known keys', (
   assert.is(parseError('{"build_roots": ["/a"]}'), `${SRC}: unknown key config.build_roots (did you mean config.buildRoots?)`)
   assert.is(
     parseError('{"dryRun": true}'),
-    `${SRC}: unknown key config.dryRun (known keys: buildRoots, maxAge, minFree, keepRoot, grace, metricsFile, runLock)`,
+    `${SRC}: unknown key config.dryRun (known keys: buildRoots, maxAge, minFree, keepRoot, grace, metricsFile, runLock, jobs)`,
   )
   assert.match(parseError('{"__proto__": {"maxAge": "1s"}}'), 'unknown key config.__proto__')
   assert.match(parseError('{"constructor": 1}'), 'unknown key config.constructor')
