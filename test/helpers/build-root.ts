@@ -9,6 +9,7 @@
 import * as fs from 'node:fs'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { listing, scratchTmpfs, sh, type Scratch } from './sys.js'
+import type { RunOptions } from '../../src/options.js'
 
 export interface World {
   readonly scratch: Scratch
@@ -238,4 +239,22 @@ export function entryOf(report: JsonReport, p: string): JsonChroot {
   const c = report.chroots.find((x) => x.path === p)
   if (!c) throw new Error(`no entry for ${p}: ${report.chroots.map((x) => x.path).join(', ')}`)
   return c
+}
+
+/** Options of a real clean run in-process (runClean), as the CLI resolves them with no config; jobs 2, so helpers walk too. */
+export function realRunOptions(buildRoots: readonly string[], runLock: string): RunOptions {
+  return {
+    dryRun: false,
+    json: true,
+    buildRoots,
+    maxAgeMs: 7 * 86_400_000,
+    verbosity: 'normal',
+    runLock,
+    metricsFile: undefined,
+    minFreeBytes: undefined,
+    keepRoot: true,
+    kill: false,
+    graceMs: 10_000,
+    jobs: 2,
+  }
 }

@@ -15,23 +15,11 @@ import { systemIo, withIo } from '../../src/io.js'
 import { recordingLogger } from '../../src/logger.js'
 import { runClean } from '../../src/run.js'
 import type { RunOptions } from '../../src/options.js'
+import { realRunOptions } from '../helpers/build-root.js'
 
 assertRootSandbox()
 
-const options = (buildRoot: string, runLock: string): RunOptions => ({
-  dryRun: false,
-  json: true,
-  buildRoots: [buildRoot],
-  maxAgeMs: 7 * 24 * 3600_000,
-  verbosity: 'normal',
-  runLock,
-  metricsFile: undefined,
-  minFreeBytes: undefined,
-  keepRoot: true,
-  kill: false,
-  graceMs: 10_000,
-  jobs: 2,
-})
+const options = (buildRoot: string, runLock: string): RunOptions => realRunOptions([buildRoot], runLock)
 
 interface Outcome { path: string; outcome: string; error?: string }
 async function runInProcess(opts: RunOptions, extra: Partial<Parameters<typeof runClean>[1]> = {}) {

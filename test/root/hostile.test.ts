@@ -27,6 +27,7 @@ import {
   makeWorld,
   mountinfoText,
   parseReport,
+  realRunOptions,
   until,
   type World,
 } from '../helpers/build-root.js'
@@ -40,20 +41,7 @@ import type { RunOptions } from '../../src/options.js'
 
 assertRootSandbox()
 
-const options = (w: World, buildRoots = [w.buildRoot]): RunOptions => ({
-  dryRun: false,
-  json: true,
-  buildRoots,
-  maxAgeMs: 7 * 86_400_000,
-  verbosity: 'normal',
-  runLock: w.runLock,
-  metricsFile: undefined,
-  minFreeBytes: undefined,
-  keepRoot: true,
-  kill: false,
-  graceMs: 10_000,
-  jobs: 2,
-})
+const options = (w: World, buildRoots = [w.buildRoot]): RunOptions => realRunOptions(buildRoots, w.runLock)
 
 /** runClean in-process with a seam replaced; the JSON report, exit code and log. */
 async function cleanWith(w: World, seams: { io?: Io; dirOps?: DirOps }, buildRoots?: string[]) {

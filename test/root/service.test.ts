@@ -25,6 +25,7 @@ import {
   makeWorld,
   mountinfoText,
   parseReport,
+  realRunOptions,
   Sessions,
   until,
   type World,
@@ -32,7 +33,6 @@ import {
 import { systemIo, withIo } from '../../src/io.js'
 import { recordingLogger } from '../../src/logger.js'
 import { runClean } from '../../src/run.js'
-import type { RunOptions } from '../../src/options.js'
 
 assertRootSandbox()
 
@@ -564,10 +564,7 @@ test('SIGTERM while a chroot\'s lock is being taken (in-process, deterministic):
         return systemIo.run(file, args, o)
       },
     })
-    const options: RunOptions = {
-      dryRun: false, json: true, buildRoots: [w.buildRoot], maxAgeMs: 7 * 86_400_000, verbosity: 'normal', runLock: w.runLock,
-      metricsFile: undefined, minFreeBytes: undefined, keepRoot: true, kill: false, graceMs: 10_000, jobs: 2,
-    }
+    const options = realRunOptions([w.buildRoot], w.runLock)
     let out = ''
     const log = recordingLogger()
     const code = await runClean(options, { io, log, stdout: (t) => void (out += t), signal: controller.signal })
