@@ -172,6 +172,21 @@ export async function until(what: string, check: () => boolean, timeoutMs = 10_0
 }
 
 /**
+ * Polls until `ready()` holds, for up to 5 s; a throw (a /proc entry not there yet, a process
+ * that has not exec'ed into its final program) counts as "not yet".
+ */
+export async function untilReadable(what: string, ready: () => boolean): Promise<void> {
+  for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(20)) {
+    try {
+      if (ready()) return
+    } catch {
+      // not there yet
+    }
+  }
+  throw new Error(`timed out waiting for ${what}`)
+}
+
+/**
  * Helpers started as session leaders (setsid), so one `pkill -s SID` ends every descendant,
  * however often it double-forked.
  */

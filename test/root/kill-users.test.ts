@@ -6,9 +6,8 @@
  * signal, pid 1 and our parent, EPERM, and a /proc/locks pid that no descriptor proves.
  * Every helper runs in its own session (setsid) and is killed by session id afterwards.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
+import { spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { test } from 'uvu'
 import * as assert from 'uvu/assert'
 import { CleanerError } from '../../src/errors.js'
@@ -18,60 +17,9 @@ import { parseLocks } from '../../src/locks.js'
 import { recordingLogger, silentLogger } from '../../src/logger.js'
 import { scanProcesses, usersOfChroots } from '../../src/processes.js'
 import { assertRootSandbox, scratchTmpfs } from '../helpers/sys.js'
+import { alive, Sessions, untilReadable } from '../helpers/build-root.js'
 
 assertRootSandbox()
-
-/** Helpers, each the leader of its own session, so that a session kill takes every descendant. */
-class Sessions {
-  readonly #sids: number[] = []
-  readonly #children: ChildProcess[] = []
-
-  start(file: string, args: readonly string[], cwd = '/'): number {
-    // Node's child is no process group leader, so setsid(1) calls setsid(2) and execs in place: pid = sid.
-    const child = spawn('setsid', [file, ...args], { stdio: 'ignore', cwd })
-    if (child.pid === undefined) throw new Error(`could not start ${file}`)
-    this.#children.push(child)
-    this.#sids.push(child.pid)
-    return child.pid
-  }
-
-  /** Live (non-zombie) members of a session. */
-  members(sid: number): number[] {
-    const r = spawnSync('pgrep', ['-s', String(sid)], { encoding: 'utf8' })
-    return r.stdout.split('\n').filter(Boolean).map(Number).filter(alive)
-  }
-
-  async stopAll(): Promise<void> {
-    // Repeat: a forking helper can make a child between pkill's scan and its kill.
-    for (let tries = 0; tries < 50; tries++) {
-      const left = this.#sids.filter((sid) => this.members(sid).length > 0)
-      if (left.length === 0) return
-      for (const sid of left) spawnSync('pkill', ['-KILL', '-s', String(sid)])
-      await sleep(20)
-    }
-    throw new Error(`helpers survived cleanup in sessions ${this.#sids.join(' ')}`)
-  }
-}
-
-/** True while the process exists and is not a zombie. */
-function alive(pid: number): boolean {
-  try {
-    return parseProcStat(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'), 'stat').state !== 'Z'
-  } catch {
-    return false
-  }
-}
-
-async function until(what: string, ready: () => boolean): Promise<void> {
-  for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(20)) {
-    try {
-      if (ready()) return
-    } catch {
-      // not there yet
-    }
-  }
-  throw new Error(`timed out waiting for ${what}`)
-}
 
 const exeOf = (pid: number) => fs.readlinkSync(`/proc/${pid}/exe`)
 
@@ -128,23 +76,23 @@ test('chrooted, cwd inside and lock holders (even under a dead flock pid) are ki
     fs.writeFileSync(lock, '')
 
     const chrooted = s.start('chroot', [C, '/bin/sleep', '600'])
-    const inCwd = s.start('sleep', ['600'], `${C}/build`)
+    const inCwd = s.start('sleep', ['600'], { cwd: `${C}/build` })
     const flocker = s.start('flock', ['-s', lock, 'sleep', '600'])
     const orphanedFlock = s.start('flock', ['-s', lock, 'sleep', '600'])
-    const outside = s.start('sleep', ['600'], `${scratch.dir}/elsewhere`)
+    const outside = s.start('sleep', ['600'], { cwd: `${scratch.dir}/elsewhere` })
     const sibling = s.start('chroot', [`${g}/root2`, '/bin/sleep', '600'])
     const openNoLock = s.start('sh', ['-c', `exec 3<'${lock}'; exec sleep 600`])
-    await until('chrooted', () => exeOf(chrooted) === `${C}/bin/busybox`)
-    await until('cwd', () => exeOf(inCwd).endsWith('/sleep'))
-    await until('sibling', () => exeOf(sibling) === `${g}/root2/bin/busybox`)
-    await until('open-no-lock', () => exeOf(openNoLock).endsWith('/sleep'))
-    await until('flock children', () => s.members(flocker).length === 2 && s.members(orphanedFlock).length === 2)
+    await untilReadable('chrooted', () => exeOf(chrooted) === `${C}/bin/busybox`)
+    await untilReadable('cwd', () => exeOf(inCwd).endsWith('/sleep'))
+    await untilReadable('sibling', () => exeOf(sibling) === `${g}/root2/bin/busybox`)
+    await untilReadable('open-no-lock', () => exeOf(openNoLock).endsWith('/sleep'))
+    await untilReadable('flock children', () => s.members(flocker).length === 2 && s.members(orphanedFlock).length === 2)
     const flockChild = s.members(flocker).find((p) => p !== flocker)!
     const heir = s.members(orphanedFlock).find((p) => p !== orphanedFlock)!
 
     // Kill the second flock(1) only: its sleep keeps the lock, which /proc/locks lists under the dead pid.
     process.kill(orphanedFlock, 'SIGKILL')
-    await until('the flock parent reaped', () => !fs.existsSync(`/proc/${orphanedFlock}`))
+    await untilReadable('the flock parent reaped', () => !fs.existsSync(`/proc/${orphanedFlock}`))
     const ino = fs.lstatSync(lock).ino
     const listed = parseLocks(fs.readFileSync('/proc/locks', 'utf8')).filter((e) => e.inode === ino).map((e) => e.pid)
     assert.ok(listed.includes(orphanedFlock), `precondition: /proc/locks lists the dead flock pid (${listed})`)
@@ -187,7 +135,7 @@ test('a process that ignores SIGTERM is SIGKILLed once the grace has passed', as
     const C = `${scratch.dir}/root`
     makeChroot(C)
     const stubborn = s.start('chroot', [C, '/bin/sh', '-c', "trap '' TERM; while :; do sleep 1; done"])
-    await until('the loop', () => exeOf(stubborn) === `${C}/bin/busybox` && s.members(stubborn).length >= 2)
+    await untilReadable('the loop', () => exeOf(stubborn) === `${C}/bin/busybox` && s.members(stubborn).length >= 2)
 
     const { io, signals } = recordingIo()
     const log = recordingLogger()
@@ -221,7 +169,7 @@ async function startDaemon(s: Sessions, C: string): Promise<number> {
   fs.mkdirSync(`${C}/dev`)
   fs.writeFileSync(`${C}/dev/null`, '')
   const daemon = s.start('chroot', [C, '/bin/sh', '/bin/daemon'])
-  await until('orphans', () => s.members(daemon).length >= 4)
+  await untilReadable('orphans', () => s.members(daemon).length >= 4)
   return daemon
 }
 
@@ -296,7 +244,7 @@ test('a lock we hold ourselves (as chroot-lock takes it) is neither a victim nor
     assert.is(spawnSync('flock', ['-n', '3'], { stdio: ['ignore', 'ignore', 'ignore', fd] }).status, 0)
     assert.is(spawnSync('flock', ['-n', '-E', '75', lock, 'true']).status, 75, 'precondition: the lock is held')
     const user = s.start('chroot', [C, '/bin/sleep', '600'])
-    await until('chrooted', () => exeOf(user) === `${C}/bin/busybox`)
+    await untilReadable('chrooted', () => exeOf(user) === `${C}/bin/busybox`)
 
     const { io, signals } = recordingIo()
     const report = await killChrootUsers(io, targetOf(C, lock), { graceMs: 2000, log: silentLogger })

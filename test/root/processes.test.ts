@@ -7,24 +7,11 @@ import * as assert from 'uvu/assert'
 import * as fs from 'node:fs'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { assertRootSandbox, scratchTmpfs, sh } from '../helpers/sys.js'
+import { untilReadable } from '../helpers/build-root.js'
 import { systemIo } from '../../src/io.js'
 import { scanProcesses, usersOfChroots, type ChrootIdentity } from '../../src/processes.js'
 
 assertRootSandbox()
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
-
-/** Waits until `ready()` holds (a helper has exec'ed into its final program), for up to 5 s. */
-async function until(what: string, ready: () => boolean): Promise<void> {
-  for (const deadline = Date.now() + 5000; Date.now() < deadline; await sleep(20)) {
-    try {
-      if (ready()) return
-    } catch {
-      // not there yet
-    }
-  }
-  throw new Error(`timed out waiting for ${what}`)
-}
 
 const link = (pid: number, what: string) => fs.readlinkSync(`/proc/${pid}/${what}`)
 
@@ -70,11 +57,11 @@ test('each helper process is attributed to exactly the chroot it uses, and how',
     sh(`mount --bind '${g}/lazy' '${lazyMount}'`)
     const e = start('chroot', [lazyMount, '/bin/busybox', 'sleep', '60'])
 
-    await until('a', () => link(a, 'exe') === `${g}/chrooted/bin/busybox`)
-    await until('b', () => link(b, 'exe') === `${elsewhere}/bin/busybox`)
-    await until('c', () => link(c, 'cwd') === `${g}/cwd2/build` && !link(c, 'exe').endsWith('sh'))
-    await until('d', () => link(d, 'exe') === `${g}/exe/bin/busybox`)
-    await until('e', () => link(e, 'exe') === `${lazyMount}/bin/busybox`)
+    await untilReadable('a', () => link(a, 'exe') === `${g}/chrooted/bin/busybox`)
+    await untilReadable('b', () => link(b, 'exe') === `${elsewhere}/bin/busybox`)
+    await untilReadable('c', () => link(c, 'cwd') === `${g}/cwd2/build` && !link(c, 'exe').endsWith('sh'))
+    await untilReadable('d', () => link(d, 'exe') === `${g}/exe/bin/busybox`)
+    await untilReadable('e', () => link(e, 'exe') === `${lazyMount}/bin/busybox`)
     sh(`umount -l '${lazyMount}'`)
 
     // We stand in `self` ourselves while scanning: the scan must leave us out.
