@@ -21,6 +21,21 @@ export interface Fixture {
 
 const OLD = '30 days ago'
 
+/**
+ * The "host" of seed incident 1: a shared /run-like tmpfs at `hostRun` with the run dirs of
+ * users 1000 and 1001 mounted in it (tmpfs each, with a `session` file).
+ */
+export function mountHostRun(hostRun: string): void {
+  sh(`mkdir -p '${hostRun}'
+      mount -t tmpfs host-run '${hostRun}'
+      mount --make-shared '${hostRun}'
+      for u in 1000 1001; do
+        mkdir -p '${hostRun}/user/'$u
+        mount -t tmpfs user-$u '${hostRun}/user/'$u
+        echo "session of $u" > '${hostRun}/user/'$u/session
+      done`)
+}
+
 /** Makes `dir` a tiny chroot: busybox-static as /bin/busybox and a few applet links. */
 export function makeMiniChroot(dir: string): void {
   sh(`mkdir -p '${dir}/bin' '${dir}/build' '${dir}/startdir' '${dir}/etc' '${dir}/run' '${dir}/tmp'
@@ -45,16 +60,8 @@ export function buildFixture(): Fixture {
     return pid
   }
 
-  // The "host": a shared /run-like tmpfs with users' run dirs mounted in it.
-  sh(`mkdir -p '${hostRun}' '${canary}'
-      echo precious > '${canary}/keep.txt'
-      mount -t tmpfs host-run '${hostRun}'
-      mount --make-shared '${hostRun}'
-      for u in 1000 1001; do
-        mkdir -p '${hostRun}/user/'$u
-        mount -t tmpfs user-$u '${hostRun}/user/'$u
-        echo "session of $u" > '${hostRun}/user/'$u/session
-      done`)
+  mountHostRun(hostRun)
+  sh(`mkdir -p '${canary}'; echo precious > '${canary}/keep.txt'`)
 
   for (const name of ['root', 'stale', 'fresh', 'flocked', 'posixlocked', 'chrooted', 'otherns', 'cwdinside']) {
     makeMiniChroot(`${group}/${name}`)

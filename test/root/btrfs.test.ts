@@ -12,6 +12,7 @@ import { spawnSync } from 'node:child_process'
 import { assertRootSandbox, listing, scratchTmpfs, sh, type Scratch } from '../helpers/sys.js'
 import { deleteSubvolumes, findSubvolumesBelow, isBtrfs, parseSubvolumeList } from '../../src/btrfs.js'
 import { CleanerError } from '../../src/errors.js'
+import { rejects } from '../helpers/assert.js'
 import { systemIo, withIo, type Io, type RunResult } from '../../src/io.js'
 import { recordingLogger } from '../../src/logger.js'
 
@@ -85,18 +86,6 @@ const bystanders = () =>
   [`${top}/other`, `${grp}/canary.txt`, `${grp}/snap`, `${grp}/plain`, `${grp}/copy2`, `${grp}/sibling`, `${grp}/victim`]
     .map((p) => stableListing(p))
     .join('\n')
-
-async function rejects(promise: Promise<unknown>, code: string): Promise<CleanerError> {
-  try {
-    await promise
-  } catch (err) {
-    assert.instance(err, CleanerError, String(err))
-    assert.is((err as CleanerError).code, code, (err as Error).message)
-    return err as CleanerError
-  }
-  assert.unreachable(`expected CleanerError ${code}, nothing was thrown`)
-  throw new Error('unreachable')
-}
 
 test('isBtrfs: the btrfs mounts are, the scratch tmpfs is not', () => {
   assert.ok(isBtrfs(systemIo, grp))

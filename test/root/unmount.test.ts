@@ -9,7 +9,8 @@ import * as assert from 'uvu/assert'
 import * as fs from 'node:fs'
 import { assertRootSandbox, isMountPoint, listing, mountPointsBelow, scratchTmpfs, sh, type Scratch } from '../helpers/sys.js'
 import { detachMountsBelow } from '../../src/unmount.js'
-import { CleanerError } from '../../src/errors.js'
+import { rejects } from '../helpers/assert.js'
+import { mountHostRun } from '../helpers/fixture.js'
 import { systemIo, withIo, type Io } from '../../src/io.js'
 import { recordingLogger } from '../../src/logger.js'
 import { readMountTable, type Mount } from '../../src/mountinfo.js'
@@ -29,18 +30,6 @@ const mountExactly = (p: string): Mount | undefined => {
   return m?.mountPoint === p ? m : undefined
 }
 
-async function rejects(promise: Promise<unknown>, code: string): Promise<CleanerError> {
-  try {
-    await promise
-  } catch (err) {
-    assert.instance(err, CleanerError, String(err))
-    assert.is((err as CleanerError).code, code, (err as Error).message)
-    return err as CleanerError
-  }
-  assert.unreachable(`expected CleanerError ${code}, nothing was thrown`)
-  throw new Error('unreachable')
-}
-
 /**
  * Seed incident 1: host-run (shared) with users' run dirs, rbound into chroot/run, so the
  * chroot's copies sit in the host's peer groups; then user 1002 logs in and their mount
@@ -50,18 +39,10 @@ function buildIncident(): { hostRun: string; chroot: string } {
   const d = scratch.dir
   const hostRun = `${d}/host-run`
   const chroot = `${d}/archbuild/extra-x86_64/root`
-  sh(`
-    mkdir -p '${hostRun}' '${chroot}/run' '${chroot}/etc'
-    echo 'Arch Linux' > '${chroot}/etc/os-release'
-    mount -t tmpfs host-run '${hostRun}'
-    mount --make-shared '${hostRun}'
-    for u in 1000 1001; do
-      mkdir -p '${hostRun}/user/'$u
-      mount -t tmpfs user-$u '${hostRun}/user/'$u
-      echo "session of $u" > '${hostRun}/user/'$u/session
-    done
-    mount --rbind '${hostRun}' '${chroot}/run'
-  `)
+  mountHostRun(hostRun)
+  sh(`mkdir -p '${chroot}/run' '${chroot}/etc'
+      echo 'Arch Linux' > '${chroot}/etc/os-release'
+      mount --rbind '${hostRun}' '${chroot}/run'`)
   for (const u of ['1000', '1001']) {
     const host = mountExactly(`${hostRun}/user/${u}`)!
     const copy = mountExactly(`${chroot}/run/user/${u}`)!
