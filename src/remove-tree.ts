@@ -225,12 +225,17 @@ export class Removal {
     }
   }
 
-  /** Closes the listing and the fd of a frame (idempotent for the listing). */
-  release(dir: Frame): void {
+  /** Closes the listing of a frame and keeps its fd (idempotent). */
+  endListing(dir: Frame): void {
     const it = dir.cursor
     dir.cursor = undefined
+    it?.return?.()
+  }
+
+  /** Closes the listing and the fd of a frame (idempotent for the listing). */
+  release(dir: Frame): void {
     try {
-      it?.return?.()
+      this.endListing(dir)
     } finally {
       this.ops.close(dir.fd)
     }

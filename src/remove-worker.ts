@@ -86,12 +86,6 @@ const OPEN_HELD = fs.constants.O_RDONLY | fs.constants.O_DIRECTORY // a magic li
 const toWire = (name: EntryName): WireName => (typeof name === 'string' ? name : { bytes: name.toString('base64') })
 const fromWire = (name: WireName): EntryName => (typeof name === 'string' ? name : Buffer.from(name.bytes, 'base64'))
 
-function closeListing(dir: Frame): void {
-  const it = dir.cursor
-  dir.cursor = undefined
-  it?.return?.()
-}
-
 export class Walker {
   private readonly stack: Frame[] = []
   /** Tasks given away and frames waiting below, per frame: it is removed when this drops to 0. */
@@ -184,7 +178,7 @@ export class Walker {
       }
       stack.pop()
       if ((this.pending.get(dir) ?? 0) > 0) {
-        closeListing(dir)
+        this.r.endListing(dir)
         this.deferred.add(dir)
         if (dir.up !== undefined && !this.tops.has(dir) && !this.holds.has(dir)) {
           this.pending.set(dir.up, (this.pending.get(dir.up) ?? 0) + 1)
